@@ -1,0 +1,3 @@
+"""Shared fixtures: real PostgreSQL, real Redis, SQLite, and the fal simulator."""
+
+pytest_plugins = ["tests.fixtures.falsim"]
