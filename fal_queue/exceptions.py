@@ -39,8 +39,16 @@ class FalRateLimitedError(FalRetryableError):
     """429: back off for `retry_after` seconds when fal said how long."""
 
 
+class FalMalformedResponseError(FalRetryableError):
+    """fal answered 2xx with a body that breaks the protocol (most likely a proxy glitch)."""
+
+
 class FalPermanentError(FalAPIError):
     """This request can never succeed as sent (422 and other 4xx): the job fails."""
+
+
+class FalDownloadTooLargeError(FalPermanentError):
+    """A media file is larger than the caller's `max_bytes`."""
 
 
 class FalAccountError(FalAPIError):
