@@ -27,7 +27,8 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0", description="Redis URL: Celery broker and slot signals."
     )
     broker_url: str | None = Field(
-        default=None, description="Celery broker URL when it is not REDIS_URL (the demo's embedded one)."
+        default=None,
+        description="Celery broker URL when it is not REDIS_URL (the demo's embedded one).",
     )
     fal_key: SecretStr | None = Field(
         default=None, description="fal API key `key_id:key_secret`; never logged or stored."
@@ -45,7 +46,8 @@ class Settings(BaseSettings):
         description="Public base URL of the receiver; unset means polling mode (no webhooks).",
     )
     webhook_verify: bool = Field(
-        default=True, description="Verify fal's ED25519 webhook signatures (never off in production)."
+        default=True,
+        description="Verify fal's ED25519 webhook signatures (never off in production).",
     )
     webhook_max_body_bytes: int = Field(
         default=1_048_576, description="Webhook bodies larger than this get 413."
@@ -69,7 +71,9 @@ class Settings(BaseSettings):
         description="A submitted job with no webhook for this long is polled by the reconciler.",
     )
     submitting_stale_seconds: float = Field(
-        default=120.0, gt=0, description="A job SUBMITTING this long is recovered by the reconciler."
+        default=120.0,
+        gt=0,
+        description="A job SUBMITTING this long is recovered by the reconciler.",
     )
     reconcile_interval: float = Field(
         default=5.0, gt=0, description="Seconds between reconciler passes (Celery beat)."
@@ -77,7 +81,8 @@ class Settings(BaseSettings):
     price_1k_usd: float = Field(default=0.03, ge=0, description="Estimated price of one 1K image.")
     price_2k_usd: float = Field(default=0.05, ge=0, description="Estimated price of one 2K image.")
     api_token: SecretStr | None = Field(
-        default=None, description="When set, every /api route needs `Authorization: Bearer <token>`."
+        default=None,
+        description="When set, every /api route needs `Authorization: Bearer <token>`.",
     )
     notify_secret: SecretStr | None = Field(
         default=None, description="Secret for signing outgoing notifications (Standard Webhooks)."
