@@ -79,6 +79,11 @@ class _Secret:
     def __repr__(self) -> str:
         return "_Secret('***')"
 
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The whole key and its secret half: both must be redacted wherever they appear."""
+        return tuple(p for p in (self.value, self.value.partition(":")[2]) if p)
+
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
@@ -261,8 +266,6 @@ class FalQueueClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = _Secret(key) if key else None
-        secret_part = key.partition(":")[2] if key else ""
-        self._secrets = tuple(s for s in (key, secret_part) if s)
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
@@ -294,6 +297,9 @@ class FalQueueClient:
         """Close the connection pool."""
         self._client.close()
 
+    def _secrets(self) -> tuple[str, ...]:
+        return self._key.parts if self._key else ()
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Key {self._key.value}"} if self._key else {}
 
@@ -313,7 +319,7 @@ class FalQueueClient:
             message = _bounded(
                 _redact(
                     f"{type(exc).__name__} on {request.method} {request.url.path}: {exc}",
-                    self._secrets,
+                    self._secrets(),
                 )
             )
             raise FalTransportError(message) from exc
@@ -347,7 +353,7 @@ class FalQueueClient:
             response.headers,
             response.content,
             media=media,
-            secrets=self._secrets,
+            secrets=self._secrets(),
         )
 
     def submit(
@@ -479,7 +485,7 @@ class FalQueueClient:
                     response.headers,
                     body,
                     media=True,
-                    secrets=self._secrets,
+                    secrets=self._secrets(),
                 )
             declared = _optional_int(response.headers.get("content-length"))
             if declared is not None and declared > max_bytes:
