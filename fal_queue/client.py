@@ -475,6 +475,7 @@ class FalQueueClient:
             ) from exc
         try:
             if not response.is_success:
+                logger.debug("GET %s -> %d", request.url.path, response.status_code)
                 body = b""
                 for chunk in response.iter_bytes():
                     body += chunk
