@@ -23,6 +23,17 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
     return False
 
 
+# Backend-specific search structures (migration 0002) that the models deliberately do not declare.
+SEARCH_OBJECTS = ("jobs_fts", "ix_jobs_prompt_trgm")
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Leave the prompt-search index and FTS tables out of autogenerate."""
+    return not (name and name.startswith(SEARCH_OBJECTS))
+
+
 def database_url() -> str:
     """The URL given by the caller (tests, `imagine db`), else DATABASE_URL."""
     return config.attributes.get("database_url") or get_settings().database_url
@@ -37,6 +48,7 @@ def run_migrations_offline() -> None:
         compare_type=True,
         render_as_batch=True,
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -62,6 +74,7 @@ def _run(connection: Any) -> None:
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=True,
         render_item=render_item,
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -20,6 +20,7 @@ from models.enums import TERMINAL_STATES, JobStatus
 from models.exceptions import ModelsError, NotFoundError
 from models.image import Image
 from models.job import Job
+from models.search import prompt_matches
 from models.webhook_event import WebhookEvent
 
 MAX_PAGE = 1000
@@ -120,10 +121,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursorError("invalid cursor") from exc
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 @dataclass(frozen=True)
 class JobFilter:
     """What a history query may filter jobs on; None means no filter."""
@@ -135,8 +132,8 @@ class JobFilter:
     since: datetime | None = None
     until: datetime | None = None
 
-    def apply(self, stmt: Select[Any]) -> Select[Any]:
-        """Add this filter's conditions to a select over jobs."""
+    def apply(self, stmt: Select[Any], dialect: str) -> Select[Any]:
+        """Add this filter's conditions to a select over jobs on a `dialect` database."""
         if self.batch_id is not None:
             stmt = stmt.where(Job.batch_id == self.batch_id)
         if self.status is not None:
@@ -148,8 +145,7 @@ class JobFilter:
         if self.until is not None:
             stmt = stmt.where(Job.created_at < self.until)
         if self.search:
-            pattern = f"%{_escape_like(self.search)}%"
-            stmt = stmt.where(Job.prompt.ilike(pattern, escape="\\"))
+            stmt = stmt.where(prompt_matches(dialect, self.search))
         return stmt
 
 
@@ -172,7 +168,7 @@ def list_jobs(
     """
     limit = max(1, min(limit, MAX_PAGE))
     filters = JobFilter(batch_id, status, search, seed, since, until)
-    stmt = filters.apply(select(Job))
+    stmt = filters.apply(select(Job), session.get_bind().dialect.name)
     if cursor:
         after_created, after_id = decode_cursor(cursor)
         stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(after_created, after_id))
