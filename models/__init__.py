@@ -16,6 +16,7 @@ from models.enums import (
 )
 from models.image import Image
 from models.job import Job, prompt_hash
+from models.notification import NotificationDelivery, NotificationEvent, NotificationOutcome
 from models.webhook_event import WebhookEvent
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "Job",
     "JobAttempt",
     "JobStatus",
+    "NotificationDelivery",
+    "NotificationEvent",
+    "NotificationOutcome",
     "Reasoning",
     "Resolution",
     "SignatureOutcome",
