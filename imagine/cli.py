@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from imagine.commands_receiver import receiver
 from imagine.settings import get_settings
 
 
@@ -68,3 +69,6 @@ def db_check(database_url: str | None) -> None:
 
     migrate.check(_database_url(database_url))
     click.echo("schema matches the models")
+
+
+main.add_command(receiver)

@@ -1,3 +1,3 @@
 """Shared fixtures: real PostgreSQL, real Redis, SQLite, and the fal simulator."""
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.falsim"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.falsim", "tests.fixtures.receiver"]
