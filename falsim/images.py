@@ -26,6 +26,7 @@ ratio, rounded to the nearest integer:
 
 from __future__ import annotations
 
+import bisect
 import colorsys
 import hashlib
 import struct
@@ -39,6 +40,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ADLER_BASE = 65521
 # The empty final deflate block (BFINAL=1, fixed Huffman, end-of-block code), byte aligned.
 _FINAL_BLOCK = b"\x03\x00"
+# One byte of two equal 4-bit pixels, per palette index.
+_FILL = [bytes([index * 17]) for index in range(16)]
 
 
 def image_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
@@ -62,9 +65,11 @@ def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
     return sum1 | (sum2 << 16)
 
 
-def _deflate_piece(data: bytes, level: int) -> bytes:
+def _deflate_piece(data: bytes, level: int, wbits: int = -9) -> bytes:
     """Raw deflate of `data` as non-final, byte-aligned blocks that need no earlier window."""
-    comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+    # A 512-byte window and the smallest hash table: rows are runs, and a full-size compressor
+    # costs ten times more to set up than to run.
+    comp = zlib.compressobj(level, zlib.DEFLATED, wbits, 1)
     return comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
 
 
@@ -74,8 +79,26 @@ def _repeat_pieces(row_bytes: int) -> tuple[tuple[bytes, int, int], ...]:
     pieces = []
     for k in range(12):
         raw = (b"\x02" + bytes(row_bytes)) * (1 << k)
-        pieces.append((_deflate_piece(raw, 9), zlib.adler32(raw), len(raw)))
+        pieces.append((_deflate_piece(raw, 9, -15), zlib.adler32(raw), len(raw)))
     return tuple(pieces)
+
+
+@lru_cache(maxsize=8192)
+def _repeat_run(row_bytes: int, count: int) -> tuple[bytes, int, int]:
+    """(deflate pieces, adler32, length) of `count` filter-Up rows of zeros, from the k-pieces."""
+    pieces = _repeat_pieces(row_bytes)
+    out: list[bytes] = []
+    adler, length = 1, 0
+    k = 0
+    while count:
+        if count & 1:
+            piece, piece_adler, piece_length = pieces[k]
+            out.append(piece)
+            adler = _adler32_combine(adler, piece_adler, piece_length)
+            length += piece_length
+        count >>= 1
+        k += 1
+    return b"".join(out), adler, length
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -116,11 +139,11 @@ class _Composition:
     def _row(self, y: int) -> bytes:
         """The 4-bit row at y, two equal pixels per byte."""
         row_bytes = (self.width + 1) // 2
-        band = next(i for i in range(len(self.band_edges) - 1) if y < self.band_edges[i + 1])
-        row = bytearray(bytes([self.band_colours[band] * 17]) * row_bytes)
+        band = bisect.bisect_right(self.band_edges, y) - 1
+        row = bytearray(_FILL[self.band_colours[band]] * row_bytes)
         block = self.block
+        by = (y // block) * block + block // 2
         for cx, cy, radius, colour, disc in self.shapes:
-            by = (y // block) * block + block // 2
             dy = by - cy
             if disc:
                 if abs(dy) > radius:
@@ -134,7 +157,7 @@ class _Composition:
             x0 = max(0, (cx - half) // 2)
             x1 = min(row_bytes, (cx + half) // 2)
             if x1 > x0:
-                row[x0:x1] = bytes([colour * 17]) * (x1 - x0)
+                row[x0:x1] = _FILL[colour] * (x1 - x0)
         return bytes(row)
 
     def boundaries(self) -> list[int]:
@@ -147,7 +170,6 @@ class _Composition:
     def encode(self) -> bytes:
         """The PNG file."""
         row_bytes = (self.width + 1) // 2
-        repeat = _repeat_pieces(row_bytes)
         pieces: list[bytes] = []
         adler = 1
         previous: bytes | None = None
@@ -162,14 +184,10 @@ class _Composition:
                 adler = zlib.adler32(raw, adler)
                 repeats -= 1
                 previous = row
-            k = 0
-            while repeats:
-                if repeats & 1:
-                    piece, piece_adler, length = repeat[k]
-                    pieces.append(piece)
-                    adler = _adler32_combine(adler, piece_adler, length)
-                repeats >>= 1
-                k += 1
+            if repeats:
+                piece, piece_adler, length = _repeat_run(row_bytes, repeats)
+                pieces.append(piece)
+                adler = _adler32_combine(adler, piece_adler, length)
         idat = b"\x78\x01" + b"".join(pieces) + _FINAL_BLOCK + struct.pack(">I", adler)
         header = struct.pack(">IIBBBBB", self.width, self.height, 4, 3, 0, 0, 0)
         plte = b"".join(bytes(rgb) for rgb in self.palette)
