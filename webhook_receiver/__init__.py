@@ -53,7 +53,7 @@ def create_app(
         settings=settings,
         sessions=sessions,
         jwks=jwks,
-        dispatch=dispatch or CeleryPostCommit(),
+        dispatch=dispatch or CeleryPostCommit(settings.database_url),
         metrics=ReceiverMetrics(sessions),
     )
     app.register_blueprint(webhooks)

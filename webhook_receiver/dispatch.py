@@ -24,11 +24,14 @@ class CeleryPostCommit:
     """The real thing: the pipeline's events and tasks, imported lazily so no broker is touched
     (and `worker` need not exist yet) until a job actually finishes."""
 
+    def __init__(self, database_url: str | None = None) -> None:
+        self.database_url = database_url
+
     def jobs_finished(self, job_ids: Sequence[uuid.UUID]) -> None:
         """Call `worker.events.after_jobs_finished`."""
         from worker.events import after_jobs_finished
 
-        after_jobs_finished(list(job_ids))
+        after_jobs_finished(list(job_ids), database_url=self.database_url)
 
     def fetch_result(self, job_id: uuid.UUID) -> None:
         """Enqueue `worker.tasks.fetch_result`."""

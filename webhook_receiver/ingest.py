@@ -382,7 +382,7 @@ def match_orphans(*, database_url: str | None = None, dispatch: PostCommit | Non
     """
     with session_scope(database_url) as session:
         result = apply_orphans(session)
-    run_post_commit(dispatch or CeleryPostCommit(), result.finished, result.fetch)
+    run_post_commit(dispatch or CeleryPostCommit(database_url), result.finished, result.fetch)
     matched = result.matched
     if matched:
         logger.info("matched %d orphan webhook(s)", matched)
