@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.falsim",
     "tests.fixtures.gallery",
     "tests.fixtures.receiver",
+    "tests.fixtures.pipeline",
 ]
