@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from imagine.commands_demo import demo
 from imagine.commands_pipeline import COMMANDS as PIPELINE_COMMANDS
 from imagine.commands_receiver import receiver
 from imagine.settings import get_settings
@@ -73,5 +74,6 @@ def db_check(database_url: str | None) -> None:
 
 
 main.add_command(receiver)
+main.add_command(demo)
 for _command in PIPELINE_COMMANDS:
     main.add_command(_command)

@@ -31,6 +31,14 @@ def _importable(name: str) -> bool:
         return False
 
 
+def _transport_options(broker_url: str) -> dict[str, Any]:
+    # Only Redis knows a visibility timeout; the SQLAlchemy transport (the demo's embedded broker)
+    # hands every transport option to create_engine, which refuses unknown ones.
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return {"visibility_timeout": VISIBILITY_TIMEOUT}
+    return {}
+
+
 def make_celery() -> Celery:
     """A Celery app configured from the settings."""
     settings = get_settings()
@@ -44,7 +52,7 @@ def make_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options=_transport_options(settings.celery_broker_url),
         broker_connection_retry_on_startup=True,
         task_default_queue=SUBMIT_QUEUE,
         # Routing by queue name alone lets Celery publish through the anonymous exchange, which
