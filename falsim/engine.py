@@ -24,6 +24,7 @@ from typing import Any
 
 from falsim.config import SimConfig
 from falsim.delivery import WebhookDispatcher
+from falsim.draws import Draws
 from falsim.images import PNGCache, image_size
 from falsim.model import (
     RUNNER_ERRORS,
@@ -94,7 +95,7 @@ class SimRequest:
         "webhook_url",
     )
 
-    def __init__(self, seq: int, epoch: int, rng: random.Random) -> None:
+    def __init__(self, seq: int, epoch: int, rng: Draws) -> None:
         self.seq = seq
         self.epoch = epoch
         self.rng = rng
@@ -151,7 +152,7 @@ class Simulator:
         self.queued_by_app: Counter[str] = Counter()
         self.in_progress = 0
         self.max_in_progress = 0
-        self._submit_rng = random.Random(f"{self.base_seed}:{self.epoch}:submit")
+        self._submit_rng = Draws(f"{self.base_seed}:{self.epoch}:submit")
         self.started_at = self.loop.time()
         self.wall_offset = time.time() - self.loop.time()
         self.counters: Counter[str] = Counter()
@@ -213,7 +214,7 @@ class Simulator:
         """Accept a request: it waits in the queue or starts at once when a slot is free."""
         now = self.loop.time()
         seq = len(self.order)
-        rng = random.Random(f"{self.base_seed}:{self.epoch}:{seq}")
+        rng = Draws(f"{self.base_seed}:{self.epoch}:{seq}")
         record = SimRequest(seq, self.epoch, rng)
         record.id = _uuid4_from(rng)
         record.endpoint = endpoint
@@ -229,16 +230,14 @@ class Simulator:
             detail = errors or None
             if model_input is not None:
                 self.prompt_counts[_digest(model_input.prompt.encode())] += 1
-            canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        else:
-            canonical = raw_body
         record.detail = detail
         record.seed = (
             record.input.seed
             if record.input is not None and record.input.seed is not None
             else rng.randint(1, 2**31 - 1)
         )
-        self.payload_counts[_digest(endpoint.encode() + b"\0" + canonical)] += 1
+        # Identical bytes, not equal JSON: a resubmission by our own client serialises alike.
+        self.payload_counts[_digest(endpoint.encode() + b"\0" + raw_body)] += 1
         self.records[record.id] = record
         self.order.append(record)
         self.counters["submits"] += 1
@@ -527,8 +526,8 @@ def _cancelled_outcome() -> Outcome:
     )
 
 
-def _uuid4_from(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+def _uuid4_from(rng: Draws) -> str:
+    return str(uuid.UUID(int=rng.bits(128), version=4))
 
 
 def _digest(data: bytes) -> bytes:
