@@ -32,6 +32,7 @@ def create_app(
 ) -> Flask:
     """A configured receiver app; `overrides` replace settings fields (tests, the CLI)."""
     from webhook_receiver.api import api
+    from webhook_receiver.gallery import gallery
     from webhook_receiver.ops import ops
     from webhook_receiver.webhooks import webhooks
 
@@ -59,5 +60,6 @@ def create_app(
     app.register_blueprint(webhooks)
     app.register_blueprint(api)
     app.register_blueprint(ops)
+    app.register_blueprint(gallery)
     register_error_handlers(app)
     return app
