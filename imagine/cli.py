@@ -8,6 +8,7 @@ import sys
 import click
 
 from imagine.commands_demo import demo
+from imagine.commands_history import COMMANDS as HISTORY_COMMANDS
 from imagine.commands_pipeline import COMMANDS as PIPELINE_COMMANDS
 from imagine.commands_receiver import receiver
 from imagine.settings import get_settings
@@ -75,5 +76,5 @@ def db_check(database_url: str | None) -> None:
 
 main.add_command(receiver)
 main.add_command(demo)
-for _command in PIPELINE_COMMANDS:
+for _command in PIPELINE_COMMANDS + HISTORY_COMMANDS:
     main.add_command(_command)

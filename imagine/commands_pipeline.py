@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from imagine.commands_history import is_terminal, parse_when, print_job_detail, print_jobs_table
 from imagine.settings import get_settings
 
 ASPECT_RATIOS = [
@@ -133,6 +136,8 @@ def worker(queues: str, concurrency: int, pool: str, hostname: str | None, beat:
     """Start a Celery worker for the submit, archive, maintenance and notify queues."""
     from worker.celery_app import celery_app
 
+    # One INFO line per HTTP call drowns the worker's own log (fal_queue logs calls at DEBUG).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     argv = [
         "worker",
         "--queues",
@@ -314,11 +319,27 @@ def watch(batch_id: str, interval: float) -> None:
 @click.command("jobs")
 @click.option("--batch", "batch_id", help="Only this batch's jobs.")
 @click.option("--status", "status_", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--search", help="Only jobs whose prompt contains this text (any case).")
+@click.option("--seed", type=int, help="Only jobs that sent or got back this seed.")
+@click.option(
+    "--since", callback=parse_when, help="Created at or after: ISO date/time (UTC) or an age (2h)."
+)
+@click.option(
+    "--until", callback=parse_when, help="Created before: ISO date/time (UTC) or an age (30m)."
+)
 @click.option("--limit", type=int, default=100, show_default=True, help="Jobs per page.")
 @click.option("--all", "all_pages", is_flag=True, help="Every matching job, not one page.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def jobs(
-    batch_id: str | None, status_: str | None, limit: int, all_pages: bool, as_json: bool
+    batch_id: str | None,
+    status_: str | None,
+    search: str | None,
+    seed: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    all_pages: bool,
+    as_json: bool,
 ) -> None:
     """List jobs, newest first."""
     from models import JobStatus
@@ -333,6 +354,10 @@ def jobs(
                 session,
                 batch_id=_uuid(batch_id, "batch") if batch_id else None,
                 status=JobStatus(status_) if status_ else None,
+                search=search or None,
+                seed=seed,
+                since=since,
+                until=until,
                 limit=limit,
                 cursor=cursor,
             )
@@ -341,6 +366,9 @@ def jobs(
             break
     if as_json:
         _echo_json(found)
+        return
+    if is_terminal():
+        print_jobs_table(found)
         return
     for job in found:
         click.echo(f"{job['id']}  {job['status']:<11} {job['custom_id']:<12} {job['prompt'][:60]}")
@@ -363,11 +391,7 @@ def show(job_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
         return
-    for key, value in data.items():
-        if key not in ("images", "attempt_log", "webhook_events"):
-            click.echo(f"{key}: {value}")
-    for image in data.get("images", []):
-        click.echo(f"image: {image}")
+    print_job_detail(data)
 
 
 COMMANDS = [enqueue, worker, beat, cancel, retry, pause, resume, status, watch, jobs, show]
