@@ -244,7 +244,8 @@ def test_completed_request_cannot_be_cancelled(falsim: SimServer, http: httpx.Cl
 
 
 def test_concurrency_bounds_in_progress(make_falsim: Callable[..., SimServer]) -> None:
-    sim = make_falsim(concurrency=3, time_scale=0.001)
+    # 200 ms per request: the first submits overlap even on a loaded machine.
+    sim = make_falsim(concurrency=3, time_scale=0.02, latency="fixed", median_1k=10.0)
     with httpx.Client(headers={"Authorization": f"Key {TEST_KEY}"}) as http:
         handles = [submit(http, sim, {"prompt": f"p{i}", "resolution": "1K"}) for i in range(20)]
         wait_for(lambda: sim.stats()["completed_ok"] == 20, what="all 20 to complete")
