@@ -191,7 +191,7 @@ def _read_jsonl(handle: Iterable[str]) -> Iterator[PromptRow]:
         if not raw.strip():
             continue
         try:
-            value = json.loads(raw)
+            value = json.loads(raw.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             yield PromptRow(
                 number, {"__error__": f"invalid JSON: {exc.msg}"}, {"__error__": exc.colno}
@@ -434,6 +434,7 @@ _COPY_COLUMNS = (
     "attempts",
     "created_at",
     "status_changed_at",
+    "published_at",
 )
 
 
@@ -539,6 +540,10 @@ def enqueue_rows(
     model = settings.fal_model
     valid = _valid_rows(source, defaults, scan.bad_lines)
     cost = Decimal(0)
+    if publish and not dry_run:
+        from worker.slots import mark_broker_epoch
+
+        mark_broker_epoch()
     batch_id = (
         None
         if dry_run
@@ -627,13 +632,15 @@ def _store_chunk(
             attempts=0,
             created_at=now,
             status_changed_at=now,
+            # Stamped with the insert: publishing follows the commit (see worker.publish).
+            published_at=now if publish else None,
         )
     with session_scope(database_url) as session:
         _insert_jobs(session, chunk)
     if publish:
         from worker.publish import publish_submits
 
-        publish_submits([row["id"] for row in chunk], database_url=database_url)
+        publish_submits([row["id"] for row in chunk], database_url=database_url, stamp=False)
 
 
 def enqueue_file(

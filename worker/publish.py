@@ -33,18 +33,25 @@ def publish_submits(
     *,
     countdown: float | None = None,
     database_url: str | None = None,
+    stamp: bool = True,
 ) -> int:
-    """Publish a submit message per job (after the caller's commit); returns how many."""
+    """Publish a submit message per job (after the caller's commit); returns how many.
+
+    `published_at` is stamped (and committed) before sending, so the reconciler never mistakes a
+    message being sent for a lost one; a crash in between leaves a stamp without a message, which
+    the reconciler's slow net finds.
+    """
     count = 0
     for chunk in _chunks(job_ids):
+        if stamp:
+            with session_scope(database_url) as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(chunk))
+                    .values(published_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
         _send("worker.tasks.submit_job", chunk, SUBMIT_QUEUE, countdown)
-        with session_scope(database_url) as session:
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(chunk))
-                .values(published_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
         count += len(chunk)
     return count
 

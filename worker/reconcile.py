@@ -2,13 +2,15 @@
 
 One pass, run by Celery beat every RECONCILE_INTERVAL under a Redis lock (one pass at a time):
 
-1. broker loss: the marker key `imagine:broker-epoch` lives in the broker's Redis and is written
-   only here. Its absence means the broker lost everything (flush, restart without persistence):
-   every QUEUED job of an active (unpaused, uncancelled) batch is published again, then the marker
-   is written. A duplicate message is harmless: the claim is conditional.
+1. broker loss: the marker key `imagine:broker-epoch` lives in the broker's Redis, written by
+   enqueue (if absent) and by this pass. Its absence means the broker lost everything (flush,
+   restart without persistence): every QUEUED job of an active (unpaused, uncancelled) batch is
+   published again, then the marker is written. A duplicate message is harmless: the claim is
+   conditional. An enqueue racing a flush can hide it; step 2 still finds what was lost.
 2. lost messages, the slow net: with the submit queue empty, QUEUED jobs of active batches whose
-   last publish (and retry time) is older than SUBMITTING_STALE_SECONDS are published again; so
-   are jobs never published (an enqueue that died between commit and publish).
+   last publish (and retry time) is older than SUBMITTING_STALE_SECONDS, or that were never
+   published, are published again (e.g. a worker killed while holding their messages, or an
+   enqueue that died between its commit and its publish).
 3. stale SUBMITTING (a worker died mid-call): after SUBMITTING_STALE_SECONDS the job goes back to
    QUEUED, its open attempt is marked ABANDONED and it is published again (a new attempt); after
    MAX_ATTEMPTS it FAILS. fal may have accepted the abandoned request, so the same input can be
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import Exists
 
@@ -41,11 +43,10 @@ from models.transitions import transition_many
 from worker.celery_app import ARCHIVE_QUEUE, SUBMIT_QUEUE
 from worker.polling import apply_answers, ask_many, due_for_poll
 from worker.publish import publish_archives, publish_submits
-from worker.slots import broker_redis, get_slot_signal
+from worker.slots import EPOCH_KEY, broker_redis, get_slot_signal
 
 logger = logging.getLogger("worker.reconcile")
 
-EPOCH_KEY = "imagine:broker-epoch"
 LOCK_KEY = "imagine:reconcile-lock"
 ARCHIVE_SWEEP_KEY = "imagine:archive-sweep"
 CHUNK = 1_000
@@ -84,11 +85,9 @@ def lost_queued_ids(
     session: Session, settings: Settings, *, queue_empty: bool, now: datetime, limit: int
 ) -> list[uuid.UUID]:
     """QUEUED jobs whose message is presumably gone (see the module docstring, step 2)."""
+    if not queue_empty:
+        return []
     cutoff = now - timedelta(seconds=settings.submitting_stale_seconds)
-    never = and_(Job.published_at.is_(None), Job.created_at <= cutoff)
-    lost = never
-    if queue_empty:
-        lost = or_(never, Job.published_at <= cutoff)
     return list(
         session.scalars(
             select(Job.id)
@@ -96,7 +95,7 @@ def lost_queued_ids(
                 Job.status == JobStatus.QUEUED,
                 _active_batch(),
                 or_(Job.retry_at.is_(None), Job.retry_at <= cutoff),
-                lost,
+                or_(Job.published_at.is_(None), Job.published_at <= cutoff),
             )
             .limit(limit)
         )
@@ -239,6 +238,11 @@ class Reconciler:
                 session, self.settings, queue_empty=queue_empty, now=utcnow(), limit=CHUNK * 10
             )
         if ids:
+            logger.warning(
+                "republishing %d queued jobs whose messages look lost (submit queue empty: %s)",
+                len(ids),
+                queue_empty,
+            )
             report.republished += publish_submits(ids, database_url=self.database_url)
 
     def _stale_submitting(self, report: ReconcileReport) -> None:

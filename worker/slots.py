@@ -21,6 +21,8 @@ from imagine.settings import get_settings
 logger = logging.getLogger("worker.slots")
 
 FREED_KEY = "imagine:slots:freed"
+# Present while the broker keeps its data; worker.reconcile republishes when it vanishes.
+EPOCH_KEY = "imagine:broker-epoch"
 # Seconds of one blocking wait; the submit task re-checks the database after each.
 WAIT_STEP = 1.0
 SLEEP_STEP = 0.25
@@ -104,6 +106,17 @@ def get_slot_signal() -> SlotSignal:
     if client is None:
         return SleepSlotSignal()
     return RedisSlotSignal(client, get_settings().max_in_flight)
+
+
+def mark_broker_epoch() -> None:
+    """Write the broker-loss marker unless present (see worker.reconcile); best effort."""
+    client = broker_redis()
+    if client is None:
+        return
+    try:
+        client.set(EPOCH_KEY, str(time.time()), nx=True)
+    except redis.RedisError as exc:
+        logger.warning("could not write the broker marker: %s", type(exc).__name__)
 
 
 def configure_waiters(concurrency: int) -> None:

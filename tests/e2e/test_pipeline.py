@@ -57,7 +57,8 @@ def assert_completed_and_archived(pipeline: Pipeline, batch_id: str, n: int) -> 
 
 def test_polling_mode_completes_a_mixed_batch(make_pipeline) -> None:  # type: ignore[no-untyped-def]
     pipeline = make_pipeline(max_in_flight=40, falsim_config={"concurrency": 48})
-    pipeline.start_worker()
+    pipeline.start_worker("submitter", queues="submit,maintenance")
+    pipeline.start_worker("archiver", queues="archive,notify")
     pipeline.start_beat()
     result = pipeline.enqueue_rows(mixed_rows(500))
     assert result["jobs"] == 500 and result["skipped"] == 0
