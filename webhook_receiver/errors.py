@@ -16,13 +16,18 @@ from webhook_receiver.exceptions import ReceiverError
 logger = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
+def error_response(
+    status: int, code: str, message: str, errors: list[dict[str, object]] | None = None
+) -> tuple[Response, int]:
     """The JSON error body every route answers with."""
-    return jsonify(error=code, message=message), status
+    body: dict[str, object] = {"error": code, "message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return jsonify(body), status
 
 
 def _receiver_error(exc: ReceiverError) -> tuple[Response, int]:
-    response, status = error_response(exc.status_code, exc.code, exc.message)
+    response, status = error_response(exc.status_code, exc.code, exc.message, exc.errors)
     if exc.status_code == 401 and request.path.startswith("/api"):
         response.headers["WWW-Authenticate"] = "Bearer"
     return response, status

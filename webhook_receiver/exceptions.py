@@ -9,9 +9,11 @@ class ReceiverError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Itemised problems (say, one per invalid prompt row) for the JSON answer.
+        self.errors = errors
 
 
 class BadRequestError(ReceiverError):

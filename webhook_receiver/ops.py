@@ -28,7 +28,7 @@ def _broker_ok() -> str:
     url = receiver_state().settings.celery_broker_url
     try:
         with Connection(url, connect_timeout=BROKER_TIMEOUT) as conn:  # type: ignore[no-untyped-call]
-            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
+            conn.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any transport's failure means "unreachable"
         # Only the class name: the URL may hold a password.
         return f"unreachable ({type(exc).__name__})"
