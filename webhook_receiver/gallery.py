@@ -297,6 +297,7 @@ def batch(batch_id: str) -> str:
             else None
         ),
         first_url=_filter_url(batch_id, status=status_arg, q=query) if cursor else None,
+        clear_url=_filter_url(batch_id, status=status_arg),
     )
 
 

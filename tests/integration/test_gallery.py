@@ -13,10 +13,9 @@ from flask.testing import FlaskClient
 from PIL import Image as PILImage
 from sqlalchemy import update
 
-from imagine.settings import get_settings
 from models import Image
 from models.db import make_engine
-from tests.fixtures.gallery import XSS_PROMPT, GalleryData
+from tests.fixtures.gallery import XSS_PROMPT, GalleryData, make_gallery_app
 from webhook_receiver import gallery as gallery_module
 
 TOKEN = "s3cret-gallery-token"
@@ -184,11 +183,9 @@ def test_images_are_served_from_the_archive_only(
 
 
 @pytest.fixture
-def protected(gallery_app: Flask, monkeypatch: pytest.MonkeyPatch) -> FlaskClient:
+def protected(history_env: GalleryData) -> FlaskClient:
     """A client of the gallery with API_TOKEN set."""
-    monkeypatch.setenv("API_TOKEN", TOKEN)
-    get_settings.cache_clear()
-    return gallery_app.test_client()
+    return make_gallery_app(api_token=TOKEN).test_client()
 
 
 def test_with_a_token_the_gallery_needs_a_login(
@@ -201,6 +198,7 @@ def test_with_a_token_the_gallery_needs_a_login(
     image = f"/gallery/images/{history_env.images['fox']}/thumbnail"
     assert protected.get(image).status_code == 401
     assert protected.get("/gallery/api/progress").status_code == 401
+    assert protected.get("/api/batches").status_code == 401  # the JSON API needs the bearer
     assert protected.get("/gallery/static/gallery.css").status_code == 200
 
     wrong = protected.post("/gallery/login", data={"token": "nope", "next": page})
