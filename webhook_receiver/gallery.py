@@ -61,6 +61,7 @@ COOKIE_NAME = "imagine_gallery"
 BATCHES_PER_PAGE = 20
 JOBS_PER_PAGE = 48
 MAX_PROGRESS_IDS = 100
+MAX_SEARCH_CHARS = 500
 # Scripts, styles and images come from this app only; nothing inline can run even if a bug let
 # user text through unescaped.
 CSP = (
@@ -242,6 +243,8 @@ def batch(batch_id: str) -> str:
     parsed = _parse_uuid(batch_id)
     status_arg = request.args.get("status") or None
     query = (request.args.get("q") or "").strip()
+    if len(query) > MAX_SEARCH_CHARS or "\x00" in query:
+        abort(400, f"Search for at most {MAX_SEARCH_CHARS} characters of text.")
     cursor = request.args.get("cursor") or None
     try:
         status = JobStatus(status_arg) if status_arg else None

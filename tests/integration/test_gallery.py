@@ -91,6 +91,8 @@ def test_status_filter_and_prompt_search(client: FlaskClient, history_env: Galle
     assert 'value="&lt;script&gt;"' in searched
     assert "No jobs match" in client.get(base + "?q=no+such+prompt").text
     assert client.get(base + "?status=BOGUS").status_code == 400
+    assert client.get(base, query_string={"q": "a\x00b"}).status_code == 400
+    assert client.get(base, query_string={"q": "x" * 501}).status_code == 400
 
 
 def test_next_page_links_walk_every_job_once(
