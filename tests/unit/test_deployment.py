@@ -39,6 +39,8 @@ INFRA_VARS = {
     "WEB_CONCURRENCY": "gunicorn (its worker count)",
     "FLOWER_BASIC_AUTH": "Flower (its --basic-auth option)",
 }
+# The FAL_KEY default: falsim wants `Key id:secret` but takes any; real fal refuses it.
+SIM_PLACEHOLDER_KEY = "falsim:not-a-real-key"
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 CORE_SERVICES = {"postgres", "redis", "migrate", "worker", "beat", "receiver"}
 APP_SERVICES = {"worker", "beat", "receiver"}
@@ -382,6 +384,8 @@ def test_secrets_are_never_written_into_the_compose_file() -> None:
     secret = re.compile(r"(KEY|PASSWORD|SECRET|TOKEN|BASIC_AUTH)$")
     for name, service in SERVICES.items():
         for variable, value in _environment(service).items():
+            if variable == "FAL_KEY" and value == f"${{FAL_KEY:-{SIM_PLACEHOLDER_KEY}}}":
+                continue
             if secret.search(variable) and value is not None:
                 assert value.startswith("${"), f"{name}.{variable} is a literal secret"
                 assert re.fullmatch(r"\$\{\w+(:\?[^}]*)?\}", value), (
@@ -497,9 +501,10 @@ def test_the_sim_profile_points_everything_at_falsim() -> None:
     assert _default(env["FAL_JWKS_URL"]) == f"{public_url}/.well-known/jwks.json"
     receiver_port = (_option(_command(SERVICES["receiver"]), "--bind") or "").rsplit(":", 1)[1]
     assert _default(env["WEBHOOK_BASE_URL"]) == f"http://receiver:{receiver_port}"
-    # No real key: falsim accepts any key (no --key), FAL_KEY is passed through unset.
+    # No real key: falsim accepts any well-formed key (no --key); the default is a placeholder.
     assert _option(argv, "--key") is None
-    assert env["FAL_KEY"] is None
+    assert _default(env["FAL_KEY"]) == SIM_PLACEHOLDER_KEY
+    assert re.fullmatch(r"[^:\s]+:[^:\s]+", SIM_PLACEHOLDER_KEY)
     # falsim needs neither the database nor the broker.
     assert not (set(_environment(falsim)) & {"DATABASE_URL", "REDIS_URL"})
 
