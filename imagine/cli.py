@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from falsim.cli import falsim_command
 from imagine.commands_demo import demo
 from imagine.commands_history import COMMANDS as HISTORY_COMMANDS
 from imagine.commands_pipeline import COMMANDS as PIPELINE_COMMANDS
@@ -76,5 +77,6 @@ def db_check(database_url: str | None) -> None:
 
 main.add_command(receiver)
 main.add_command(demo)
+main.add_command(falsim_command)
 for _command in PIPELINE_COMMANDS + HISTORY_COMMANDS:
     main.add_command(_command)
