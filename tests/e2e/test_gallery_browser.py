@@ -162,7 +162,10 @@ def test_browse_filter_search_and_open_a_job(
     assert "404" in missing.locator("h1").inner_text()
     context.close()
 
-    phone = browser.new_context(viewport={"width": 375, "height": 812}, is_mobile=True)
+    # The phone run also checks the dark colour scheme.
+    phone = browser.new_context(
+        viewport={"width": 375, "height": 812}, is_mobile=True, color_scheme="dark"
+    )
     page = phone.new_page()
     watch(page, dialogs, problems)
     for name, path in [
