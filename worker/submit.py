@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from fal_queue.client import FalQueueClient
@@ -31,6 +32,7 @@ from worker.slots import WAIT_STEP, SlotSignal, try_become_waiter
 logger = logging.getLogger("worker.submit")
 
 MAX_SLOT_WAIT = 20.0
+RECORD_TRIES = 3
 _S = JobStatus
 
 
@@ -108,9 +110,12 @@ def _close_attempt(
 def record_accepted(
     session: Session, job: ClaimedJob, result: SubmitResult, *, now: datetime | None = None
 ) -> JobStatus | None:
-    """Store fal's request id (SUBMITTING -> SUBMITTED); the job's status when the move lost."""
+    """Store fal's request id (SUBMITTING -> SUBMITTED); the job's status when the move lost.
+
+    The job row is written before the attempt row, in the same order as the webhook receiver's
+    transaction, so the two never deadlock when a fast webhook races this write.
+    """
     now = now or utcnow()
-    _close_attempt(session, job, AttemptOutcome.ACCEPTED, now, request_id=result.request_id)
     moved = transition(
         session,
         job.id,
@@ -123,19 +128,21 @@ def record_accepted(
         },
         now=now,
     )
-    if moved:
-        return None
-    # A webhook may have completed the job already, or a cancel / stale recovery moved it.
-    session.execute(
-        update(Job)
-        .where(
-            Job.id == job.id,
-            Job.fal_response_url.is_(None),
-            Job.fal_request_id == result.request_id,
+    status = None
+    if not moved:
+        # A webhook may have completed the job already, or a cancel / stale recovery moved it.
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.fal_response_url.is_(None),
+                Job.fal_request_id == result.request_id,
+            )
+            .values(fal_response_url=result.response_url)
         )
-        .values(fal_response_url=result.response_url)
-    )
-    return session.scalar(select(Job.status).where(Job.id == job.id))
+        status = session.scalar(select(Job.status).where(Job.id == job.id))
+    _close_attempt(session, job, AttemptOutcome.ACCEPTED, now, request_id=result.request_id)
+    return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +163,23 @@ def record_error(
 ) -> ErrorDecision:
     """Release, fail or pause after a submit error; status None when the claim was already lost."""
     now = now or utcnow()
+    decision = _move_after_error(session, job, verdict, settings, now)
     _close_attempt(session, job, verdict.outcome, now, verdict=verdict)
+    if verdict.action is Action.PAUSE:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == job.batch_id)
+            .values(paused=True, pause_reason=f"fal refused the account: {verdict.message}"[:2000])
+        )
+    return decision
+
+
+def _move_after_error(
+    session: Session, job: ClaimedJob, verdict: Verdict, settings: Settings, now: datetime
+) -> ErrorDecision:
     error = {"error_type": verdict.error_type[:100], "error_message": verdict.message[:2000]}
     if verdict.action is Action.PAUSE:
-        # The account cannot submit at all: hold the batch; this attempt does not count.
+        # The account cannot submit at all: the batch is held and this attempt does not count.
         released = transition(
             session,
             job.id,
@@ -168,17 +188,11 @@ def record_error(
             values={"attempts": Job.attempts - 1, "retry_at": None},
             now=now,
         )
-        session.execute(
-            update(Batch)
-            .where(Batch.id == job.batch_id)
-            .values(paused=True, pause_reason=f"fal refused the account: {verdict.message}"[:2000])
-        )
         return ErrorDecision(_S.QUEUED if released else None)
     if verdict.action is Action.FAIL or job.attempts >= settings.max_attempts:
         if verdict.action is Action.RETRY:
-            error["error_message"] = f"gave up after {job.attempts} attempts: {verdict.message}"[
-                :2000
-            ]
+            message = f"gave up after {job.attempts} attempts: {verdict.message}"
+            error["error_message"] = message[:2000]
         failed = transition(
             session, job.id, _S.FAILED, from_={_S.SUBMITTING}, values=error, now=now
         )
@@ -222,8 +236,7 @@ class Submitter:
             )
         except FalError as exc:
             return self._failed_submit(job, classify(exc))
-        with session_scope(self.database_url) as session:
-            status = record_accepted(session, job, result)
+        status = self._record_accepted(job, result)
         if status is None:
             logger.debug("job %s submitted as %s", job.id, result.request_id)
             return SubmitOutcome.SUBMITTED
@@ -232,6 +245,20 @@ class Submitter:
             self._cancel_quietly(result.cancel_url)
             return SubmitOutcome.CANCELLED
         return SubmitOutcome.LOST_CLAIM if status is not _S.COMPLETED else SubmitOutcome.SUBMITTED
+
+    def _record_accepted(self, job: ClaimedJob, result: SubmitResult) -> JobStatus | None:
+        # fal has the request now: a transient database error must not lose its id, so the
+        # short record transaction is retried before leaving it to the stale-claim recovery.
+        for attempt in range(RECORD_TRIES):
+            try:
+                with session_scope(self.database_url) as session:
+                    return record_accepted(session, job, result)
+            except OperationalError:
+                if attempt == RECORD_TRIES - 1:
+                    raise
+                logger.warning("recording request %s failed; retrying", result.request_id)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _claim(self, job_id: uuid.UUID) -> tuple[SubmitOutcome, ClaimedJob | None]:
         from worker.publish import publish_submits

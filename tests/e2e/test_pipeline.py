@@ -10,7 +10,7 @@ import pytest
 
 from falsim.images import image_size
 from models import JobStatus
-from tests.fixtures.pipeline import Pipeline, sha256_of
+from tests.fixtures.pipeline import Pipeline, sha256_of, slot_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -68,3 +68,30 @@ def test_polling_mode_completes_a_mixed_batch(make_pipeline) -> None:  # type: i
     stats = pipeline.falsim.stats()
     assert stats["max_in_progress"] <= 40
     assert stats["webhooks"]["attempts"] == 0  # polling mode: no webhook URL was ever sent
+
+
+def test_webhook_mode_completes_a_mixed_batch_under_the_cap(make_pipeline) -> None:  # type: ignore[no-untyped-def]
+    cap = 8
+    # Generation slow enough (80-240 ms) that the cap, not our overhead, bounds throughput; falsim
+    # could run twice as many at once, so its highest IN_PROGRESS shows whether the cap held.
+    pipeline = make_pipeline(
+        max_in_flight=cap, falsim_config={"concurrency": 2 * cap, "time_scale": 0.02}
+    )
+    base = pipeline.start_receiver()
+    pipeline.env["WEBHOOK_BASE_URL"] = base
+    pipeline.start_worker("submitter", queues="submit,maintenance")
+    pipeline.start_worker("archiver", queues="archive,notify")
+    pipeline.start_beat()
+    result = pipeline.enqueue_rows(mixed_rows(500))
+    counts = pipeline.wait_finished(result["batch_id"], timeout=150)
+    assert counts == {"COMPLETED": 500}
+    assert_completed_and_archived(pipeline, result["batch_id"], 500)
+    stats = pipeline.falsim.stats()
+    assert stats["webhooks"]["delivered"] >= 500
+    assert 0 < stats["max_in_progress"] <= cap
+    metrics = slot_metrics(pipeline.falsim.requests(), cap)
+    print(f"slots: {metrics}")
+    # Loose on a shared 2-core machine; bench/bench_pipeline.py records the real numbers.
+    assert metrics.refill_median < 0.5
+    jobs = pipeline.jobs(result["batch_id"])
+    assert all(job.webhook_received_at is not None for job in jobs)
