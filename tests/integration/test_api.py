@@ -60,10 +60,13 @@ def test_pages_return_every_job_exactly_once_while_new_jobs_arrive(rx: Receiver)
     assert pages == 9
 
 
+def ids(body: dict[str, Any]) -> set[str]:
+    return {job["id"] for job in body["jobs"]}
+
+
 def test_filters_narrow_the_list(rx: Receiver) -> None:
     batch_id, jobs = new_batch(rx, 3, prompt="a blue whale", seed=1234)
     other = add_job(rx.sessions, status=JobStatus.FAILED, prompt="a green tree", seed=5)
-    ids = lambda body: {job["id"] for job in body["jobs"]}  # noqa: E731
     assert ids(get_json(rx, "/api/jobs?status=failed")) == {str(other)}
     assert ids(get_json(rx, f"/api/jobs?batch={batch_id}")) == {str(j) for j in jobs}
     assert ids(get_json(rx, "/api/jobs?seed=5")) == {str(other)}
