@@ -1,4 +1,4 @@
-"""Outgoing notifications: each event POSTed to a batch's notify_url, with every attempt's outcome."""
+"""Outgoing notifications: each event POSTed to a batch's notify_url, and how its attempts went."""
 
 from __future__ import annotations
 
