@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from sqlalchemy import update
 
@@ -64,8 +66,15 @@ def publish_archives(job_ids: Sequence[uuid.UUID], *, countdown: float | None = 
 
 def _send(task: str, ids: Sequence[uuid.UUID], queue: str, countdown: float | None) -> None:
     options = {"countdown": max(0.0, countdown)} if countdown else {}
-    with celery_app.producer_or_acquire() as producer:
+    with celery_app.producer_or_acquire() as producer, _batched(producer):
         for job_id in ids:
             celery_app.send_task(
                 task, args=[str(job_id)], queue=queue, producer=producer, **options
             )
+
+
+def _batched(producer: Any) -> AbstractContextManager[Any]:
+    # kombu >= 5.6 pipelines a Redis producer's publishes (one round trip per chunk instead of
+    # one per message); other transports, and older kombu, publish one by one.
+    batch = getattr(producer, "batch", None)
+    return batch(CHUNK) if batch is not None else nullcontext()
