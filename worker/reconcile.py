@@ -67,6 +67,7 @@ class ReconcileReport:
     polled: int = 0
     finished: list[uuid.UUID] = field(default_factory=list)
     archives: int = 0
+    orphans: int = 0
 
 
 def _active_batch() -> Exists:
@@ -196,18 +197,30 @@ class Reconciler:
         self._broker_loss(report)
         self._lost_messages(report)
         self._stale_submitting(report)
+        self._orphans(report)
         self._poll(report)
         self._lost_archives(report)
-        if report.republished or report.recovered or report.finished:
+        if report.republished or report.recovered or report.finished or report.orphans:
             logger.info(
-                "reconcile: broker_lost=%s republished=%d recovered=%d polled=%d finished=%d",
+                "reconcile: broker_lost=%s republished=%d recovered=%d orphans=%d polled=%d "
+                "finished=%d",
                 report.broker_lost,
                 report.republished,
                 report.recovered,
+                report.orphans,
                 report.polled,
                 len(report.finished),
             )
         return report
+
+    def _orphans(self, report: ReconcileReport) -> None:
+        # A webhook can arrive before any job owns its request id (the worker had not stored it
+        # and the job_id parameter was missing or wrong); the receiver kept it as an orphan. Its
+        # own ingest path re-applies such deliveries, so the rules live in one place. Imported
+        # here, not at the top: the receiver depends on the worker, not the other way round.
+        from webhook_receiver import match_orphans
+
+        report.orphans = match_orphans(database_url=self.database_url)
 
     def _broker_loss(self, report: ReconcileReport) -> None:
         if self.redis is None or self.redis.exists(EPOCH_KEY):
