@@ -105,15 +105,22 @@ def parse_output(payload: Mapping[str, Any]) -> tuple[list[ImageInfo], int | Non
                 content_type=_opt_str(item.get("content_type")),
                 width=_opt_int(item.get("width")),
                 height=_opt_int(item.get("height")),
-                file_size=_opt_int(item.get("file_size")),
+                file_size=_opt_int(item.get("file_size"), INT64_MAX),
                 file_name=_opt_str(item.get("file_name")),
             )
         )
-    return images, _opt_int(payload.get("seed"))
+    return images, _opt_int(payload.get("seed"), INT64_MAX)
 
 
-def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def _opt_int(value: Any, limit: int = INT32_MAX) -> int | None:
+    # A number the column cannot hold is dropped, not allowed to fail the whole result.
+    if isinstance(value, int) and not isinstance(value, bool) and -limit - 1 <= value <= limit:
+        return value
+    return None
 
 
 def _opt_str(value: Any) -> str | None:

@@ -300,3 +300,19 @@ def test_a_batch_is_stamped_finished_once_when_its_last_job_ends(session: Sessio
         )
         == 1
     )
+
+
+def test_numbers_a_column_cannot_hold_are_dropped_not_fatal(session: Session) -> None:
+    job = make_job(session, make_batch(session), "1", fal_request_id="r1")
+    transition(session, job.id, S.SUBMITTING)
+    match = find_job(session, "r1")
+    assert match is not None
+    huge = {"images": [{"url": "http://127.0.0.1/x.png", "width": 2**40}], "seed": 2**64 - 1}
+    assert apply_success(session, match, "r1", huge) is ApplyOutcome.APPLIED
+    session.commit()
+    session.expire_all()
+    loaded = session.get(Job, job.id)
+    assert loaded is not None
+    assert loaded.status is S.COMPLETED
+    assert loaded.returned_seed is None
+    assert session.scalars(select(Image.width).where(Image.job_id == job.id)).all() == [None]
