@@ -102,11 +102,11 @@ def parse_output(payload: Mapping[str, Any]) -> tuple[list[ImageInfo], int | Non
         images.append(
             ImageInfo(
                 url=item["url"],
-                content_type=_opt_str(item.get("content_type")),
+                content_type=_opt_str(item.get("content_type"), 100),
                 width=_opt_int(item.get("width")),
                 height=_opt_int(item.get("height")),
                 file_size=_opt_int(item.get("file_size"), INT64_MAX),
-                file_name=_opt_str(item.get("file_name")),
+                file_name=_opt_str(item.get("file_name"), 300),
             )
         )
     return images, _opt_int(payload.get("seed"), INT64_MAX)
@@ -123,8 +123,8 @@ def _opt_int(value: Any, limit: int = INT32_MAX) -> int | None:
     return None
 
 
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _opt_str(value: Any, limit: int) -> str | None:
+    return value if isinstance(value, str) and len(value) <= limit else None
 
 
 def describe_error(error: Any, payload: Any) -> tuple[str, str]:
@@ -141,7 +141,7 @@ def describe_error(error: Any, payload: Any) -> tuple[str, str]:
             parts = []
             for item in detail:
                 if isinstance(item, Mapping):
-                    error_type = error_type or _opt_str(item.get("type"))
+                    error_type = error_type or _opt_str(item.get("type"), 100)
                     loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
                     msg = str(item.get("msg", ""))
                     parts.append(f"{loc}: {msg}" if loc else msg)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Job, JobAttempt, SignatureOutcome, WebhookEvent, WebhookOutcome, utcnow
@@ -240,9 +240,10 @@ def _apply(session: Session, match: JobMatch, webhook: FalWebhook, now: datetime
     try:
         with session.begin_nested():
             outcome = _apply_result(session, match, webhook, now)
-    except DBAPIError as exc:
-        # A result the schema cannot hold (say, a seed beyond 64 bits) must end the job, not
-        # bounce fal's retries off a 500 for two hours.
+    except DataError as exc:
+        # A result the schema cannot hold must end the job, not bounce fal's retries off a 5xx
+        # for two hours. Only DataError: a deadlock or a lost connection is transient, so it
+        # propagates, the delivery answers 503 and fal delivers again.
         logger.warning("result of job %s could not be stored: %s", job.id, type(exc).__name__)
         with session.begin_nested():
             outcome = apply_failure(

@@ -307,7 +307,8 @@ def test_numbers_a_column_cannot_hold_are_dropped_not_fatal(session: Session) ->
     transition(session, job.id, S.SUBMITTING)
     match = find_job(session, "r1")
     assert match is not None
-    huge = {"images": [{"url": "http://127.0.0.1/x.png", "width": 2**40}], "seed": 2**64 - 1}
+    image = {"url": "http://127.0.0.1/x.png", "width": 2**40, "content_type": "x" * 200}
+    huge = {"images": [image], "seed": 2**64 - 1}
     assert apply_success(session, match, "r1", huge) is ApplyOutcome.APPLIED
     session.commit()
     session.expire_all()
@@ -315,4 +316,5 @@ def test_numbers_a_column_cannot_hold_are_dropped_not_fatal(session: Session) ->
     assert loaded is not None
     assert loaded.status is S.COMPLETED
     assert loaded.returned_seed is None
-    assert session.scalars(select(Image.width).where(Image.job_id == job.id)).all() == [None]
+    stored = session.execute(select(Image.width, Image.content_type).where(Image.job_id == job.id))
+    assert stored.all() == [(None, None)]
