@@ -190,7 +190,8 @@ def print_job_detail(data: dict[str, Any]) -> None:
     console.print(events)
 
 
-def _parse_uuid(value: str, what: str) -> uuid.UUID:
+def parse_uuid(value: str, what: str) -> uuid.UUID:
+    """A UUID from the command line, or a usage error naming what it should have been."""
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -354,7 +355,7 @@ def export(batch_id: str, fmt: str, output: str | None) -> None:
     from models.exceptions import NotFoundError
     from models.queries import batch_summary
 
-    parsed = _parse_uuid(batch_id, "batch")
+    parsed = parse_uuid(batch_id, "batch")
     try:
         with get_session_factory()() as session:
             total = batch_summary(session, parsed)["total"]

@@ -13,7 +13,13 @@ from typing import Any
 
 import click
 
-from imagine.commands_history import is_terminal, parse_when, print_job_detail, print_jobs_table
+from imagine.commands_history import (
+    is_terminal,
+    parse_uuid,
+    parse_when,
+    print_job_detail,
+    print_jobs_table,
+)
 from imagine.settings import get_settings
 
 ASPECT_RATIOS = [
@@ -26,13 +32,6 @@ DEFAULT_QUEUES = "submit,archive,maintenance,notify"
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=None, default=str))
-
-
-def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a {what} id") from None
 
 
 @click.command("enqueue")
@@ -216,7 +215,7 @@ def retry(batch_id: str, failed: bool) -> None:
     from worker.exceptions import PipelineError
 
     try:
-        count = retry_failed(_uuid(batch_id, "batch"))
+        count = retry_failed(parse_uuid(batch_id, "batch"))
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"re-queued {count} failed jobs")
@@ -230,7 +229,7 @@ def pause(batch_id: str) -> None:
     from worker.exceptions import PipelineError
 
     try:
-        do_pause(_uuid(batch_id, "batch"))
+        do_pause(parse_uuid(batch_id, "batch"))
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"paused batch {batch_id}")
@@ -244,7 +243,7 @@ def resume(batch_id: str) -> None:
     from worker.exceptions import PipelineError
 
     try:
-        count = do_resume(_uuid(batch_id, "batch"))
+        count = do_resume(parse_uuid(batch_id, "batch"))
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"resumed batch {batch_id}: published {count} queued jobs")
@@ -278,7 +277,7 @@ def _status_line(data: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def status(batch_id: str, as_json: bool) -> None:
     """Counts per state, rate and ETA of a batch."""
-    data = _summary(_uuid(batch_id, "batch"))
+    data = _summary(parse_uuid(batch_id, "batch"))
     if as_json:
         _echo_json(data)
     else:
@@ -292,7 +291,7 @@ def watch(batch_id: str, interval: float) -> None:
     """A live progress bar until the batch ends."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    parsed = _uuid(batch_id, "batch")
+    parsed = parse_uuid(batch_id, "batch")
     data = _summary(parsed)
     with Progress(
         TextColumn("{task.description}"),
@@ -352,7 +351,7 @@ def jobs(
         with session_scope() as session:
             page, cursor = list_jobs(
                 session,
-                batch_id=_uuid(batch_id, "batch") if batch_id else None,
+                batch_id=parse_uuid(batch_id, "batch") if batch_id else None,
                 status=JobStatus(status_) if status_ else None,
                 search=search or None,
                 seed=seed,
@@ -385,7 +384,7 @@ def show(job_id: str, as_json: bool) -> None:
 
     try:
         with session_scope() as session:
-            data = get_job_detail(session, _uuid(job_id, "job"))
+            data = get_job_detail(session, parse_uuid(job_id, "job"))
     except NotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, BigIntPK, UTCDateTime, utcnow
+from models.base import Base, BigIntPK, UTCDateTime, str_enum, utcnow
 from models.enums import AttemptOutcome
 
 if TYPE_CHECKING:
@@ -26,15 +26,7 @@ class JobAttempt(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[AttemptOutcome] = mapped_column(
-        Enum(
-            AttemptOutcome,
-            name="attempt_outcome",
-            native_enum=False,
-            create_constraint=True,
-            length=20,
-            values_callable=lambda e: [m.value for m in e],
-        ),
-        default=AttemptOutcome.PENDING,
+        str_enum(AttemptOutcome, "attempt_outcome"), default=AttemptOutcome.PENDING
     )
     fal_request_id: Mapped[str | None] = mapped_column(String(100))
     http_status: Mapped[int | None] = mapped_column(Integer)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     BigInteger,
-    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, UTCDateTime, utcnow
+from models.base import Base, UTCDateTime, str_enum, utcnow
 from models.enums import JobStatus
 
 if TYPE_CHECKING:
@@ -29,14 +28,7 @@ if TYPE_CHECKING:
     from models.batch import Batch
     from models.image import Image
 
-JOB_STATUS_TYPE = Enum(
-    JobStatus,
-    name="job_status",
-    native_enum=False,
-    create_constraint=True,
-    length=16,
-    values_callable=lambda e: [m.value for m in e],
-)
+JOB_STATUS_TYPE = str_enum(JobStatus, "job_status", length=16)
 
 
 def prompt_hash(

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigIntPK, UTCDateTime, utcnow
+from models.base import Base, BigIntPK, UTCDateTime, str_enum, utcnow
 
 
 class NotificationEvent(StrEnum):
@@ -30,17 +30,6 @@ class NotificationOutcome(StrEnum):
     SKIPPED = "skipped"
 
 
-def _str_enum(enum: type[NotificationEvent] | type[NotificationOutcome], name: str) -> Enum:
-    return Enum(
-        enum,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=20,
-        values_callable=lambda e: [m.value for m in e],
-    )
-
-
 class NotificationDelivery(Base):
     """One event for one notify_url; `webhook_id` is stable across retries and redeliveries."""
 
@@ -54,14 +43,14 @@ class NotificationDelivery(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     webhook_id: Mapped[str] = mapped_column(String(64))
-    event: Mapped[NotificationEvent] = mapped_column(_str_enum(NotificationEvent, "notify_event"))
+    event: Mapped[NotificationEvent] = mapped_column(str_enum(NotificationEvent, "notify_event"))
     batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(Text)
     # The exact JSON sent, so every retry carries the same bytes under the same webhook id.
     body: Mapped[str] = mapped_column(Text)
     outcome: Mapped[NotificationOutcome] = mapped_column(
-        _str_enum(NotificationOutcome, "notify_outcome"), default=NotificationOutcome.PENDING
+        str_enum(NotificationOutcome, "notify_outcome"), default=NotificationOutcome.PENDING
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     status_code: Mapped[int | None] = mapped_column(Integer)

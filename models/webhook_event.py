@@ -5,25 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigIntPK, UTCDateTime, utcnow
+from models.base import Base, BigIntPK, UTCDateTime, str_enum, utcnow
 from models.enums import SignatureOutcome, WebhookOutcome
 
 # Bodies are kept for diagnosis up to this many characters; the hash covers the whole body.
 MAX_STORED_BODY = 65_536
-
-
-def _str_enum(enum: type[SignatureOutcome] | type[WebhookOutcome], name: str) -> Enum:
-    return Enum(
-        enum,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=20,
-        values_callable=lambda e: [m.value for m in e],
-    )
 
 
 class WebhookEvent(Base):
@@ -44,11 +33,11 @@ class WebhookEvent(Base):
     # The `job_id` query parameter as received; kept even when it names no job.
     job_id_param: Mapped[str | None] = mapped_column(String(100))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    signature: Mapped[SignatureOutcome] = mapped_column(_str_enum(SignatureOutcome, "signature"))
+    signature: Mapped[SignatureOutcome] = mapped_column(str_enum(SignatureOutcome, "signature"))
     body_sha256: Mapped[str] = mapped_column(String(64))
     body: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str | None] = mapped_column(String(20))
-    outcome: Mapped[WebhookOutcome] = mapped_column(_str_enum(WebhookOutcome, "webhook_outcome"))
+    outcome: Mapped[WebhookOutcome] = mapped_column(str_enum(WebhookOutcome, "webhook_outcome"))
     detail: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(64))
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
