@@ -296,7 +296,7 @@ def _print_summary(console: Console, batch_id: uuid.UUID) -> None:
     from models.queries import list_jobs
 
     table = Table(title="demo batch", show_lines=False)
-    table.add_column("custom_id", overflow="fold")
+    table.add_column("custom_id", no_wrap=True, overflow="ellipsis", max_width=16)
     for column in ("ratio", "res", "seed", "status", "size", "sha256"):
         table.add_column(column, no_wrap=True)
     rows: list[dict[str, Any]] = []
