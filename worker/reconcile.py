@@ -52,7 +52,9 @@ ARCHIVE_SWEEP_KEY = "imagine:archive-sweep"
 CHUNK = 1_000
 # A pass stops polling after this long, leaving the rest to the next pass.
 POLL_BUDGET_SECONDS = 20.0
-LOCK_SECONDS = 120
+# Short, and renewed between the steps of a pass: a worker killed mid-pass must not stall the
+# reconciler (and with it the recovery of its own stale jobs) for longer than this.
+LOCK_SECONDS = 30
 
 
 @dataclass
@@ -187,19 +189,24 @@ class Reconciler:
         if self.redis is not None and not self.redis.set(LOCK_KEY, token, nx=True, ex=LOCK_SECONDS):
             return ReconcileReport(skipped=True)
         try:
-            return self._pass()
+            return self._pass(token)
         finally:
             if self.redis is not None and self.redis.get(LOCK_KEY) == token.encode():
                 self.redis.delete(LOCK_KEY)
 
-    def _pass(self) -> ReconcileReport:
+    def _pass(self, token: str) -> ReconcileReport:
         report = ReconcileReport()
-        self._broker_loss(report)
-        self._lost_messages(report)
-        self._stale_submitting(report)
-        self._orphans(report)
-        self._poll(report)
-        self._lost_archives(report)
+        steps = (
+            self._broker_loss,
+            self._lost_messages,
+            self._stale_submitting,
+            self._orphans,
+            self._poll,
+            self._lost_archives,
+        )
+        for step in steps:
+            step(report)
+            self._renew_lock(token)
         if report.republished or report.recovered or report.finished or report.orphans:
             logger.info(
                 "reconcile: broker_lost=%s republished=%d recovered=%d orphans=%d polled=%d "
@@ -212,6 +219,12 @@ class Reconciler:
                 len(report.finished),
             )
         return report
+
+    def _renew_lock(self, token: str) -> None:
+        # Each step is bounded (polling by POLL_BUDGET_SECONDS), so renewing between steps keeps
+        # the lock for a live pass without a long expiry.
+        if self.redis is not None and self.redis.get(LOCK_KEY) == token.encode():
+            self.redis.expire(LOCK_KEY, LOCK_SECONDS)
 
     def _orphans(self, report: ReconcileReport) -> None:
         # A webhook can arrive before any job owns its request id (the worker had not stored it

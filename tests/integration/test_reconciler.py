@@ -1,4 +1,4 @@
-"""A reconciler pass applies a webhook that arrived before any job owned its request id."""
+"""Reconciler passes: orphan webhooks, and the lock a killed pass leaves behind."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from models import Batch, Image, Job, JobStatus, SignatureOutcome, WebhookEvent,
 from models import prompt_hash as make_hash
 from models.db import make_engine
 from tests.fixtures.falsim import TEST_KEY
-from worker.reconcile import Reconciler
+from worker.reconcile import LOCK_KEY, Reconciler, ReconcileReport
 from worker.slots import EPOCH_KEY
 
 MODEL = "imagineart/imagineart-2.0-preview/text-to-image"
@@ -84,3 +84,31 @@ def test_a_pass_applies_an_orphan_once_its_request_id_is_known(
         again = Reconciler(client, settings, redis_client=broker, database_url=database_url).run()
     assert again.orphans == 0
     engine.dispose()
+
+
+def test_a_lock_left_by_a_killed_pass_stalls_the_reconciler_only_briefly(
+    celery_env: Callable[..., Settings], database_url: str, redis_url: str, falsim: SimServer
+) -> None:
+    settings = celery_env(database_url=database_url, fal_queue_url=falsim.base_url)
+    broker = redis.Redis.from_url(redis_url)
+    broker.set(EPOCH_KEY, "test")
+    with FalQueueClient(falsim.base_url, TEST_KEY) as client:
+        reconciler = Reconciler(client, settings, redis_client=broker, database_url=database_url)
+        assert not reconciler.run().skipped
+        assert not broker.exists(LOCK_KEY)  # a finished pass releases its lock
+        # While another pass holds the lock (or a killed worker's lock has not expired), skip.
+        broker.set(LOCK_KEY, "another-pass", ex=30)
+        assert reconciler.run().skipped
+        broker.delete(LOCK_KEY)
+    # The lock a live pass holds is short-lived, so a worker killed mid-pass stalls the
+    # reconciler (and the recovery of the jobs it was submitting) for seconds, not minutes.
+    ttls: list[int] = []
+
+    class Spy(Reconciler):
+        def _lost_archives(self, report: ReconcileReport) -> None:  # the last step of a pass
+            ttls.append(int(broker.ttl(LOCK_KEY)))
+
+    with FalQueueClient(falsim.base_url, TEST_KEY) as client:
+        Spy(client, settings, redis_client=broker, database_url=database_url).run()
+    assert len(ttls) == 1
+    assert 0 < ttls[0] <= 30
